@@ -1,0 +1,4 @@
+from dera_demo.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
