@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -183,7 +183,7 @@ def stream(
     prompt_ids: Sequence[int],
     strengths: Sequence[float] | LiveStrengths,
     config: SamplingConfig | None = None,
-) -> Iterator[list[TokenUpdate]]:
+) -> Generator[list[TokenUpdate], None, None]:
     """Decode one prompt at several strengths at once, yielding each step's new tokens.
 
     Each yield is a list with one `TokenUpdate` per sequence still running. Pass a

@@ -2,13 +2,13 @@ import re
 
 import pytest
 import torch
-from conftest import CORPUS, build_model, build_tokenizer
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from dera_demo.engine import SamplingConfig, generate
 from dera_demo.models import check_tokenizers, configure_threads, load_pair
 from dera_demo.prompts import encode_prompt
+from dera_demo.testing import CORPUS, build_model, build_tokenizer
 
 
 def test_eight_bit_pairs_load_and_reproduce_the_reference(tiny_pair):
