@@ -1,24 +1,33 @@
-"""Command line: `python -m dera_demo generate ...`."""
+"""Command line: `python -m dera_demo generate ...` and `python -m dera_demo sweep ...`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
+from pathlib import Path
+from typing import cast
 
 from tqdm import tqdm
 
+from dera_demo.embedded import ASSETS_DIR
 from dera_demo.engine import MAX_NEW_TOKENS, Completion, LiveStrengths, SamplingConfig, stream
 from dera_demo.models import PRECISIONS, ModelPair, configure_threads, load_pair
 from dera_demo.presets import DEFAULT_PRESET, PRESETS, resolve
 from dera_demo.prompts import encode_prompt
 from dera_demo.realign import MAX_STRENGTH, MIN_STRENGTH
+from dera_demo.sweep import load_prompts, table, write_report
+from dera_demo.sweep import sweep as run_sweep
 
 logger = logging.getLogger(__name__)
+
+HELDOUT = ASSETS_DIR / "prompts" / "heldout.jsonl"
+DEFAULT_SCORER = "dera_demo.reward:reward"
 
 
 def strength_arg(text: str) -> float:
@@ -31,16 +40,33 @@ def strength_arg(text: str) -> float:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dera_demo", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate a response at one or more strengths")
-    source = gen.add_argument_group("models (default: the embedded offline pair)")
+def _model_args(command: argparse.ArgumentParser) -> None:
+    source = command.add_argument_group("models (default: the embedded offline pair)")
     source.add_argument("--pair", choices=sorted(PRESETS), help="a named pair")
     source.add_argument("--ref", help="reference (SFT) model: hub id or local folder")
     source.add_argument("--aligned", help="aligned model: hub id, local folder or LoRA adapter")
     source.add_argument("--precision", choices=PRECISIONS, default="4bit")
     source.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+
+
+def _sampling_args(command: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    command.add_argument("--system", help="system prompt (chat template only)")
+    command.add_argument(
+        "--max-new-tokens", type=int, default=max_new_tokens, help=f"1 to {MAX_NEW_TOKENS}"
+    )
+    command.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
+    command.add_argument("--top-p", type=float, default=0.95, help="in (0, 1]; 1 is off")
+    command.add_argument("--top-k", type=int, default=50, help="0 is off")
+    command.add_argument("--repetition-penalty", type=float, default=1.0, help="1 (off) to 2")
+    command.add_argument("--seed", type=int, default=42)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dera_demo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate a response at one or more strengths")
+    _model_args(gen)
+    _sampling_args(gen, 256)
     gen.add_argument(
         "--strength",
         type=strength_arg,
@@ -51,16 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
         "0 = reference model, 1 = aligned model, >1 = stronger than trained",
     )
     gen.add_argument("--prompt", required=True, help="the user message")
-    gen.add_argument("--system", help="system prompt (chat template only)")
     gen.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    gen.add_argument("--max-new-tokens", type=int, default=256, help=f"1 to {MAX_NEW_TOKENS}")
-    gen.add_argument("--temperature", type=float, default=0.7, help="0 is greedy")
-    gen.add_argument("--top-p", type=float, default=0.95, help="in (0, 1]; 1 is off")
-    gen.add_argument("--top-k", type=int, default=50, help="0 is off")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="1 (off) to 2")
-    gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--stop", nargs="*", default=[], help="stop strings")
     gen.add_argument("--json", action="store_true", help="one JSON object per strength per line")
+
+    sweep = commands.add_parser(
+        "sweep", help="score outputs across strengths on a validation set, to pick one"
+    )
+    _model_args(sweep)
+    _sampling_args(sweep, 128)
+    sweep.add_argument(
+        "--strength", type=strength_arg, nargs="+", default=[0.0, 0.5, 1.0, 2.0], metavar="S"
+    )
+    sweep.add_argument("--prompts", type=Path, default=HELDOUT, help="JSON lines with 'prompt'")
+    sweep.add_argument("--limit", type=int, help="use only the first N prompts")
+    sweep.add_argument("--samples", type=int, default=3, help="samples per prompt (seeds)")
+    sweep.add_argument("--scorer", default=DEFAULT_SCORER, help="reward as module:function")
+    sweep.add_argument("--beta", type=float, help="the aligned model's training β, for β/λ")
+    sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output folder")
     return parser
 
 
@@ -117,16 +151,53 @@ def _print(completions: list[Completion], as_json: bool) -> None:
             sys.stdout.write(f"=== strength {c.strength:g} ({c.stop_reason}) ===\n{c.text}\n\n")
 
 
-def generate_command(args: argparse.Namespace) -> None:
-    config = SamplingConfig(
+def _config(args: argparse.Namespace) -> SamplingConfig:
+    return SamplingConfig(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
-        stop_strings=tuple(args.stop),
+        stop_strings=tuple(getattr(args, "stop", ())),
     )
+
+
+def load_scorer(spec: str) -> Callable[[str], float]:
+    """A reward function named as "module:function"."""
+    module_name, _, function = spec.partition(":")
+    try:
+        scorer = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"--scorer must name a function as module:function, got {spec!r}"
+        ) from error
+    return cast(Callable[[str], float], scorer)
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    config = _config(args)
+    LiveStrengths(args.strength)  # checks every strength before the models load
+    scorer = load_scorer(args.scorer)
+    if not args.prompts.is_file():
+        raise ValueError(f"no prompts file at {str(args.prompts)!r}")
+    prompts = load_prompts(args.prompts)[: args.limit]
+    pair = _pair_from_args(args)
+    outputs = run_sweep(
+        pair,
+        prompts,
+        args.strength,
+        scorer,
+        samples=args.samples,
+        config=config,
+        system=args.system,
+    )
+    rows = write_report(outputs, args.out, beta=args.beta)
+    sys.stdout.write(table(rows, args.beta) + f"\n\nWritten to {args.out}/sweep.{{json,md,png}}\n")
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    config = _config(args)
     if not args.prompt.strip():
         raise ValueError(f"prompt must be non-empty text, got {args.prompt!r}")
     LiveStrengths(args.strength)  # checks every strength before the models load
@@ -143,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         configure_threads()
-        generate_command(args)
+        (sweep_command if args.command == "sweep" else generate_command)(args)
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
     return 0
