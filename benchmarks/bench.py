@@ -113,11 +113,12 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 
     for k in (1, 3, 5):
         strengths = [0.0, 0.5, 1.0, 2.0, 3.0][:k] if k > 1 else [0.5]
-        out[f"engine_{k}_s"], tokens_k = timed(lambda s=strengths: engine(pair, ids, s, n), runs)
+        out[f"engine_{k}_s"], batched = timed(lambda s=strengths: engine(pair, ids, s, n), runs)
         if k > 1:
-            out[f"sequential_{k}_s"] = timed(
-                lambda s=strengths: [engine(pair, ids, [x], n) for x in s], runs
-            )[0]
+            out[f"sequential_{k}_s"], one_by_one = timed(
+                lambda s=strengths: [engine(pair, ids, [x], n)[0] for x in s], runs
+            )
+            out[f"batch_{k}_agrees"] = batched == one_by_one
     out["first_token_s"] = first_token_s(pair, ids, runs)
     if not args.shared_base:
         ref_model = pair.ref
@@ -218,8 +219,8 @@ def tables(results: list[dict], tokens: int, long_tokens: int) -> str:
         )
     lines += [
         "",
-        f"| pair | precision | path | λ×1 s | λ×3 batch s | λ×3 one by one s | λ×5 batch s | "
-        f"λ×5 one by one s | first token s | load s | weights MiB | peak RSS MiB |",
+        "| pair | precision | path | λ×1 s | λ×3 batch s | λ×3 one by one s | λ×5 batch s | "
+        "λ×5 one by one s | first token s | load s | weights MiB | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
