@@ -21,7 +21,7 @@ from dera_demo.models import PRECISIONS, ModelPair, configure_threads, load_pair
 from dera_demo.presets import DEFAULT_PRESET, PRESETS, resolve
 from dera_demo.prompts import encode_prompt
 from dera_demo.realign import MAX_STRENGTH, MIN_STRENGTH
-from dera_demo.sweep import load_prompts, table, write_report
+from dera_demo.sweep import evaluation_section, load_prompts, table, update_card, write_report
 from dera_demo.sweep import sweep as run_sweep
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--scorer", default=DEFAULT_SCORER, help="reward as module:function")
     sweep.add_argument("--beta", type=float, help="the aligned model's training β, for β/λ")
     sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output folder")
+    sweep.add_argument("--card", type=Path, help="write the results into this model card")
     return parser
 
 
@@ -193,6 +194,9 @@ def sweep_command(args: argparse.Namespace) -> None:
         system=args.system,
     )
     rows = write_report(outputs, args.out, beta=args.beta)
+    if args.card is not None:
+        command = "python -m dera_demo " + " ".join(sys.argv[1:] if sys.argv[1:] else ["sweep"])
+        update_card(args.card, evaluation_section(rows, outputs, command=command, beta=args.beta))
     sys.stdout.write(table(rows, args.beta) + f"\n\nWritten to {args.out}/sweep.{{json,md,png}}\n")
 
 

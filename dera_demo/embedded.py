@@ -102,8 +102,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
     )
     # A model loaded from GGUF refuses save_pretrained; a plain twin built from its config and
-    # state dict saves normally.
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    # state dict saves normally. Its weights are plain fp32, so the GGUF quantization note goes
+    # (left in, it makes the Trainer refuse to train and confuses bitsandbytes loading).
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
 

@@ -197,6 +197,7 @@ def stream(
     generator = torch.Generator().manual_seed(config.seed)
     texts = [TextStream(pair.tokenizer, config.stop_strings) for _ in range(len(live))]
     active = list(range(len(live)))  # sequence index of each batch row
+    last: StopReason = "max_new_tokens" if budget == config.max_new_tokens else "context"
     runner = pair.runner()
     start, produced = time.perf_counter(), 0
 
@@ -207,25 +208,29 @@ def stream(
                 runner.expand(len(active))
                 ref_logits = ref_logits.expand(len(active), -1)
                 aligned_logits = aligned_logits.expand(len(active), -1)
-            seen = torch.zeros(
-                len(active), pair.vocab_size, dtype=torch.bool, device=ref_logits.device
-            )
+            seen = None  # (batch, vocab) tokens generated so far, kept only for the penalty
+            if config.repetition_penalty != 1.0:
+                seen = torch.zeros(
+                    len(active), pair.vocab_size, dtype=torch.bool, device=ref_logits.device
+                )
             for step in range(budget):
                 now = live.snapshot()
                 row_strengths = [now[i] for i in active]
                 mixed = mix_logits(ref_logits, aligned_logits, torch.tensor(row_strengths))
                 noise = gumbel_noise(generator, pair.vocab_size) if config.temperature > 0 else None
+                penalized = mixed
+                if seen is not None:
+                    penalized = penalize_repeats(
+                        mixed, seen.to(mixed.device), config.repetition_penalty
+                    )
                 tokens = sample_tokens(
-                    penalize_repeats(mixed, seen, config.repetition_penalty),
+                    penalized,
                     temperature=config.temperature,
                     top_k=config.top_k,
                     top_p=config.top_p,
                     noise=noise,
                 )
                 stats = _token_stats(ref_logits, aligned_logits, mixed, tokens).tolist()
-                last: StopReason = (
-                    "max_new_tokens" if budget == config.max_new_tokens else "context"
-                )
                 updates = [
                     _update(
                         pair,
@@ -247,9 +252,13 @@ def stream(
                 if len(keep) < len(active):
                     rows = torch.tensor(keep)
                     runner.keep(rows)
-                    tokens, seen = tokens[rows.to(tokens.device)], seen[rows.to(seen.device)]
+                    tokens = tokens[rows.to(tokens.device)]
+                    seen = seen[rows.to(seen.device)] if seen is not None else None
                     active = [active[row] for row in keep]
-                seen[torch.arange(len(active)), tokens] = True
+                if seen is not None:
+                    seen[torch.arange(len(active), device=seen.device), tokens.to(seen.device)] = (
+                        True
+                    )
                 ref_logits, aligned_logits = runner.decode(tokens)
     finally:
         elapsed = time.perf_counter() - start

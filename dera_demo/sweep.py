@@ -171,3 +171,34 @@ def write_report(
     plot(rows, out_dir / "sweep.png")
     logger.info("Sweep written to %s", out_dir)
     return rows
+
+
+def evaluation_section(
+    rows: Sequence[SweepRow],
+    outputs: Sequence[SweepOutput],
+    *,
+    command: str,
+    beta: float | None = None,
+    examples: int = 5,
+    example_strengths: Sequence[float] = (0.0, 1.0, 2.0),
+) -> str:
+    """A model card's `## Evaluation` section: the sweep table and example answers."""
+    parts = ["## Evaluation", "", f"`{command}`", "", table(rows, beta), "", "### Examples"]
+    prompts = list(dict.fromkeys(o.prompt for o in outputs))[:examples]
+    for prompt in prompts:
+        parts += ["", f"**{prompt}**", ""]
+        for strength in example_strengths:
+            match = [
+                o for o in outputs if (o.prompt, o.sample, o.strength) == (prompt, 0, strength)
+            ]
+            if match:
+                text = " ".join(match[0].text.split())
+                parts.append(f"- λ = {strength:g} (reward {match[0].reward:+.2f}): {text}")
+    return "\n".join(parts) + "\n"
+
+
+def update_card(path: Path, section: str) -> None:
+    """Replace (or append) the `## Evaluation` section of a model card."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    head = text[: text.index("## Evaluation")] if "## Evaluation" in text else text + "\n"
+    path.write_text(head + section, encoding="utf-8")

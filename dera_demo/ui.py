@@ -14,6 +14,7 @@ from dera_demo.render import CSS, cards_html, parse_strengths, run_record, stats
 from dera_demo.service import CUSTOM_PAIR, Backend
 from dera_demo.webapi import (
     DEFAULT_STRENGTHS,
+    DEFAULTS,
     GPU,
     MAX_NEW_TOKENS_UI,
     register_api,
@@ -37,7 +38,7 @@ CONTROLS: dict[str, dict[str, Any]] = {
     "temperature": dict(
         minimum=0.0,
         maximum=2.0,
-        value=0.7,
+        value=DEFAULTS.temperature,
         step=0.05,
         label="Temperature",
         info="0 is greedy; higher is more varied.",
@@ -45,7 +46,7 @@ CONTROLS: dict[str, dict[str, Any]] = {
     "top_p": dict(
         minimum=0.05,
         maximum=1.0,
-        value=0.95,
+        value=DEFAULTS.top_p,
         step=0.01,
         label="Top-p",
         info="Sample from the fewest tokens that reach this probability; 1 is off.",
@@ -53,7 +54,7 @@ CONTROLS: dict[str, dict[str, Any]] = {
     "top_k": dict(
         minimum=0,
         maximum=200,
-        value=50,
+        value=DEFAULTS.top_k,
         step=1,
         label="Top-k",
         info="Sample from the k most likely tokens; 0 is off.",
@@ -61,7 +62,7 @@ CONTROLS: dict[str, dict[str, Any]] = {
     "max_new_tokens": dict(
         minimum=1,
         maximum=MAX_NEW_TOKENS_UI,
-        value=128,
+        value=DEFAULTS.max_new_tokens,
         step=1,
         label="Max new tokens",
         info="Length limit of each response.",
@@ -69,19 +70,19 @@ CONTROLS: dict[str, dict[str, Any]] = {
     "repetition_penalty": dict(
         minimum=1.0,
         maximum=2.0,
-        value=1.0,
+        value=DEFAULTS.repetition_penalty,
         step=0.05,
         label="Repetition penalty",
-        info="Above 1 discourages repeating generated tokens; it helps at λ above 1.",
+        info="Above 1 discourages repeating tokens (it keeps λ above 1 readable); 1 is off.",
     ),
 }
 PRIVATE: dict[str, Any] = {"queue": False, "api_visibility": "private"}  # instant UI-only events
 MODES = ["0 · slider λ · 1", "Custom list"]
-EXAMPLES = [
-    "I failed my driving test today. What should I do next?",
-    "How do I keep a basil plant alive on a windowsill?",
-    "Can you explain what a prime number is?",
-    "I'm nervous about starting to learn the guitar at 40. Any tips?",
+EXAMPLES = [  # held-out prompts where the embedded pair's alignment shows most (its model card)
+    "How can I tell when pasta is cooked properly?",
+    "What is Git and why should I use it?",
+    "What spices go well with roasted chicken?",
+    "What causes the seasons on Earth?",
 ]
 INTRO = """# Decoding-time realignment (DeRa)
 Each token is drawn from `softmax(λ·aligned + (1−λ)·reference)` logits
@@ -107,7 +108,7 @@ def _settings() -> list[gr.components.Component]:
         with gr.Row():
             tokens = gr.Slider(**CONTROLS["max_new_tokens"])
             seed = gr.Number(
-                42,
+                DEFAULTS.seed,
                 precision=0,
                 minimum=0,
                 label="Seed",

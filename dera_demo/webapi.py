@@ -17,7 +17,11 @@ from dera_demo.service import Backend
 logger = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS_UI = 1024
-DEFAULT_STRENGTHS = "0, 1/6, 2/3, 1, 3"
+DEFAULT_STRENGTHS = "0, 1/6, 2/3, 1, 3"  # the paper's demo
+# The web app's sampling defaults, for the UI and the API alike: the engine's, with shorter answers
+# and a repetition penalty, since the embedded pair loops from λ = 2 on without one (its model
+# card). Penalty 1 gives each model's own sampling exactly at λ = 0 and 1.
+DEFAULTS = SamplingConfig(max_new_tokens=128, repetition_penalty=1.2)
 
 GPU: Callable[[Callable[..., Any]], Callable[..., Any]]
 try:  # On Hugging Face ZeroGPU Spaces, model-bound functions must hold a GPU while they run.
@@ -91,12 +95,12 @@ def register_api(backend: Backend) -> None:
         prompt: str,
         strength: float = 1.0,
         system: str = "",
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        top_k: int = 50,
-        max_new_tokens: int = 128,
-        seed: int = 42,
-        repetition_penalty: float = 1.0,
+        temperature: float = DEFAULTS.temperature,
+        top_p: float = DEFAULTS.top_p,
+        top_k: int = DEFAULTS.top_k,
+        max_new_tokens: int = DEFAULTS.max_new_tokens,
+        seed: int = DEFAULTS.seed,
+        repetition_penalty: float = DEFAULTS.repetition_penalty,
     ) -> Iterator[dict[str, Any]]:
         """Stream one response at realignment strength λ (0 = SFT model, 1 = aligned model)."""
         config = sampling_config(
@@ -111,12 +115,12 @@ def register_api(backend: Backend) -> None:
         prompt: str,
         strengths: str = DEFAULT_STRENGTHS,
         system: str = "",
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        top_k: int = 50,
-        max_new_tokens: int = 128,
-        seed: int = 42,
-        repetition_penalty: float = 1.0,
+        temperature: float = DEFAULTS.temperature,
+        top_p: float = DEFAULTS.top_p,
+        top_k: int = DEFAULTS.top_k,
+        max_new_tokens: int = DEFAULTS.max_new_tokens,
+        seed: int = DEFAULTS.seed,
+        repetition_penalty: float = DEFAULTS.repetition_penalty,
     ) -> Iterator[list[dict[str, Any]]]:
         """Stream responses at several comma-separated strengths, generated as one batch."""
         chosen = parse_strengths(strengths, MAX_STRENGTHS)

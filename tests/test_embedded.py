@@ -73,6 +73,7 @@ def test_the_gguf_is_found_converted_cached_and_reloaded(monkeypatch, tmp_path):
     assert embedded.reference_dir() == folder
     assert (folder / "config.json").stat().st_mtime_ns == stamp  # cached, not converted again
 
+    assert "quantization_config" not in (folder / "config.json").read_text()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     ids = tokenizer.apply_chat_template(

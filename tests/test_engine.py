@@ -257,3 +257,27 @@ def test_a_prompt_longer_than_the_context_is_refused_with_both_lengths(fp32_pair
         next(stream(fp32_pair, too_long, [0.0], GREEDY))
     with pytest.raises(ValueError, match="empty prompt"):
         next(stream(fp32_pair, [], [0.0], GREEDY))
+
+
+@pytest.mark.parametrize("precision", ["none", "4bit"])
+def test_shared_base_gives_the_same_tokens_as_two_copies(tiny_pair, precision):
+    two = load_pair(
+        tiny_pair.ref_dir, tiny_pair.adapter_dir, precision=precision, shared_base=False
+    )
+    one = load_pair(tiny_pair.ref_dir, tiny_pair.adapter_dir, precision=precision, shared_base=True)
+    ids = prompt_ids(two)
+    strengths = [0.0, 0.5, 1.0, 2.0]
+    expected = [c.token_ids for c in generate(two, ids, strengths, GREEDY)]
+    assert [c.token_ids for c in generate(one, ids, strengths, GREEDY)] == expected
+    assert len(set(map(tuple, expected))) > 1
+
+
+def test_the_repetition_penalty_discourages_repeats_also_in_a_batch(fp32_pair):
+    ids = prompt_ids(fp32_pair)
+    plain = SamplingConfig(max_new_tokens=40, temperature=0.0)
+    penalized = SamplingConfig(max_new_tokens=40, temperature=0.0, repetition_penalty=2.0)
+    (loose,) = generate(fp32_pair, ids, [1.0], plain)
+    (strict,) = generate(fp32_pair, ids, [1.0], penalized)
+    assert len(set(strict.token_ids)) > len(set(loose.token_ids))
+    batched = generate(fp32_pair, ids, [0.0, 1.0, 3.0], penalized)
+    assert batched[1].token_ids == strict.token_ids

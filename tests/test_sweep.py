@@ -4,7 +4,15 @@ import pytest
 
 from dera_demo.cli import load_scorer, main
 from dera_demo.engine import SamplingConfig
-from dera_demo.sweep import SweepOutput, summarize, sweep, table, write_report
+from dera_demo.sweep import (
+    SweepOutput,
+    evaluation_section,
+    summarize,
+    sweep,
+    table,
+    update_card,
+    write_report,
+)
 
 CONFIG = SamplingConfig(max_new_tokens=8, temperature=1.0, seed=5)
 
@@ -78,3 +86,14 @@ def test_a_bad_scorer_is_named():
     with pytest.raises(ValueError, match="module:function, got 'nowhere'"):
         load_scorer("nowhere")
     assert load_scorer("builtins:len")("abc") == 3
+
+
+def test_the_model_card_gets_an_evaluation_section(tmp_path):
+    outputs = [SweepOutput("Why?", 0, s, f"answer at {s}", s, 0.1 * s, 5) for s in (0.0, 1.0, 2.0)]
+    section = evaluation_section(summarize(outputs), outputs, command="python -m dera_demo sweep")
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# Card\n\n## Evaluation\n\nold\n")
+    update_card(card, section)
+    text = card.read_text()
+    assert text.startswith("# Card") and "old" not in text
+    assert "- λ = 2 (reward +2.00): answer at 2.0" in text and "| 2 | 2.00 ± 0.00 |" in text
