@@ -47,6 +47,11 @@ def _model_args(command: argparse.ArgumentParser) -> None:
     source.add_argument("--aligned", help="aligned model: hub id, local folder or LoRA adapter")
     source.add_argument("--precision", choices=PRECISIONS, default="4bit")
     source.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    source.add_argument(
+        "--shared-base",
+        action="store_true",
+        help="for a LoRA adapter: load the base once and batch both models in one forward",
+    )
 
 
 def _sampling_args(command: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -108,7 +113,8 @@ def _pair_from_args(args: argparse.Namespace) -> ModelPair:
         ref, aligned = args.ref, args.aligned
     else:
         ref, aligned = resolve(args.pair or DEFAULT_PRESET)
-    return load_pair(ref, aligned, precision=args.precision, device=args.device)
+    shared = True if args.shared_base else None
+    return load_pair(ref, aligned, precision=args.precision, device=args.device, shared_base=shared)
 
 
 def _run(pair: ModelPair, args: argparse.Namespace, config: SamplingConfig) -> list[Completion]:

@@ -100,6 +100,8 @@ def check_source(name: str | Path) -> str:
 
 def is_adapter(source: str) -> bool:
     """True when `source` is a local PEFT adapter folder."""
+    # NOTE: a hub id is not looked up, so an adapter on the hub loads as a full model and fails;
+    # giving it as a local folder works (README, Limitations).
     return (Path(source) / "adapter_config.json").is_file()
 
 

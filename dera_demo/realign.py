@@ -54,6 +54,8 @@ def penalize_repeats(
 ) -> torch.Tensor:
     """Divide positive logits (multiply negative ones) of already generated tokens by the penalty.
 
+    NOTE: unlike transformers, the prompt's tokens are not penalized: the engine keeps only the
+    generated tokens per row (README, Limitations).
     logits: (batch, vocab); seen: (batch, vocab) bool. The CTRL rule, as transformers applies it.
     """
     if repetition_penalty == 1.0:

@@ -71,6 +71,11 @@ class SharedBaseRunner:
     """One base model carrying the aligned LoRA adapter: each forward batches the reference rows
     (adapter off) and the aligned rows (adapter on) together, [ref rows | aligned rows]."""
 
+    # NOTE: PEFT's mixed-adapter forward registers hooks and gathers rows in every LoRA layer on
+    # every call; on the CPU that made this path slower than two copies at three strengths and on
+    # tiny models (README, Performance), so it is opt-in. Its hooks also make it unsafe to run
+    # two generations on one model from two threads at once.
+
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model, self.vocab_size = model, vocab_size
         self.cache = DynamicCache(config=_config(model))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import cast
 
 from dera_demo.engine import LiveStrengths, SamplingConfig, StopReason, stream
-from dera_demo.models import PRECISIONS, ModelPair, Precision, load_pair
+from dera_demo.models import PRECISIONS, ModelPair, Precision, is_adapter, load_pair
 from dera_demo.presets import DEFAULT_PRESET, PRESETS, resolve
 from dera_demo.prompts import encode_prompt
 
@@ -64,8 +64,10 @@ class Backend:
         precision: Precision = "4bit",
         locked: bool = False,
         custom: tuple[str, str] | None = None,
+        shared_base: bool | None = None,
     ) -> None:
         self.precision: Precision = precision
+        self.shared_base = shared_base
         self.locked = locked
         self._name, self._custom = pair_name, custom
         self._pair: ModelPair | None = None
@@ -75,13 +77,20 @@ class Backend:
     @classmethod
     def from_env(cls) -> Backend:
         """Settings for hosting: `DERA_PAIR` (a preset, or "custom" with `DERA_REF` and
-        `DERA_ALIGNED`) locks the app to one pair; `DERA_PRECISION` is 4bit, 8bit or none."""
+        `DERA_ALIGNED`) locks the app to one pair; `DERA_PRECISION` is 4bit, 8bit or none;
+        `DERA_SHARED_BASE=1` runs an adapter pair on one copy of the base weights."""
         precision = os.environ.get("DERA_PRECISION", "4bit")
         if precision not in PRECISIONS:
             raise ValueError(f"DERA_PRECISION must be one of {PRECISIONS}, got {precision!r}")
         name = os.environ.get("DERA_PAIR", "").strip()
         custom = (os.environ.get("DERA_REF", ""), os.environ.get("DERA_ALIGNED", ""))
-        backend = cls(DEFAULT_PRESET, precision=cast(Precision, precision), locked=bool(name))
+        shared = os.environ.get("DERA_SHARED_BASE", "").strip() in ("1", "true", "yes")
+        backend = cls(
+            DEFAULT_PRESET,
+            precision=cast(Precision, precision),
+            locked=bool(name),
+            shared_base=True if shared else None,
+        )
         if name:
             backend._name = ""  # let select() accept the locked pair
             backend.select(name, *custom)
@@ -127,7 +136,10 @@ class Backend:
                     ref, aligned = self._custom
                 else:
                     ref, aligned = resolve(self._name)
-                self._pair = load_pair(ref, aligned, precision=self.precision)
+                shared = bool(self.shared_base) and is_adapter(str(aligned))
+                self._pair = load_pair(
+                    ref, aligned, precision=self.precision, shared_base=shared or None
+                )
             return self._pair
 
     # Runs -----------------------------------------------------------------------------------

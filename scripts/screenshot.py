@@ -29,7 +29,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PROMPT = "I failed my driving test today. What should I do next?"
+PROMPT = "How can I tell when pasta is cooked properly?"
 
 
 def wait_for_done(page, selector: str, timeout_s: float = 300.0) -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1280, "height": 1500})
         page.goto(url)
         page.locator("#prompt textarea").fill(PROMPT)
-        page.locator("#strength input[type=number]").fill("1.5")
+        page.locator("#strength input[type=number]").fill("1")
         page.locator("#generate").click()
         wait_for_done(page, "#stats")
         page.get_by_role("tab", name="Side by side").click()

@@ -88,3 +88,24 @@ def test_strengths_accept_fractions():
     assert strength_arg("0.5") == 0.5
     with pytest.raises(Exception, match="fraction like 2/3"):
         strength_arg("half")
+
+
+def test_the_shared_base_flag_needs_an_adapter(capsys, tiny_pair):
+    args = [
+        "generate",
+        "--ref",
+        str(tiny_pair.ref_dir),
+        "--precision",
+        "none",
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "3",
+        "--shared-base",
+        "--json",
+    ]
+    assert main([*args, "--aligned", str(tiny_pair.adapter_dir)]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--aligned", str(tiny_pair.aligned_dir)])
+    assert "shared_base needs a LoRA adapter" in capsys.readouterr().err

@@ -108,3 +108,13 @@ def test_an_offline_hub_pair_fails_with_a_clear_message():
     backend.select("zephyr-7b")
     with pytest.raises(ValueError, match="not available without network access"):
         next(backend.run("s", "hi", [1.0], GREEDY))
+
+
+def test_the_shared_base_setting_applies_to_adapter_pairs_only(monkeypatch, tiny_pair):
+    for aligned, expected in ((tiny_pair.adapter_dir, True), (tiny_pair.aligned_dir, False)):
+        monkeypatch.setenv("DERA_PAIR", CUSTOM_PAIR)
+        monkeypatch.setenv("DERA_REF", str(tiny_pair.ref_dir))
+        monkeypatch.setenv("DERA_ALIGNED", str(aligned))
+        monkeypatch.setenv("DERA_PRECISION", "none")
+        monkeypatch.setenv("DERA_SHARED_BASE", "1")
+        assert Backend.from_env().pair().shared_base is expected
