@@ -28,6 +28,19 @@ CORPUS = [
 ]
 
 
+# Headless Chromium flags that work on machines without a display or outside network.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 @dataclass(frozen=True)
 class TinyPair:
     ref_dir: Path

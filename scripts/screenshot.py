@@ -17,18 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from playwright.sync_api import sync_playwright
 
 from dera_demo.service import Backend
+from dera_demo.testing import CHROMIUM_FLAGS
 from dera_demo.ui import build_app
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROMPT = "How can I tell when pasta is cooked properly?"
 
 
@@ -51,7 +42,9 @@ def main() -> None:
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 1500})
         page.goto(url)
         page.locator("#prompt textarea").fill(PROMPT)
