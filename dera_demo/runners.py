@@ -6,12 +6,12 @@ vocabulary, for the last position only.
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PretrainedConfig
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 ALIGNED_ADAPTER = "aligned"
 
 
@@ -67,14 +67,45 @@ class TwoModelRunner:
         self.aligned_cache.batch_select_indices(rows.to(_device(self.aligned)))
 
 
+# How many leading rows of the current batch run without the adapter; None outside a shared-base
+# forward. A context variable, so concurrent generations in other threads are not affected.
+_REF_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("ref_rows", default=None)
+
+
+def _split_lora_forward(layer: Any, original: Any) -> Any:
+    """A LoRA layer forward that adds the adapter's update to the aligned rows only.
+
+    The batch is laid out [ref rows | aligned rows], so both halves are plain slices: one base
+    matmul for all rows, one LoRA matmul for the aligned half, no per-row gathering.
+    """
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        ref_rows = _REF_ROWS.get()
+        if ref_rows is None:
+            return original(x, *args, **kwargs)
+        result = layer.base_layer(x, *args, **kwargs)
+        lora_a, lora_b = layer.lora_A[ALIGNED_ADAPTER], layer.lora_B[ALIGNED_ADAPTER]
+        aligned_x = x[ref_rows:].to(lora_a.weight.dtype)
+        update = lora_b(lora_a(aligned_x)) * layer.scaling[ALIGNED_ADAPTER]
+        result[ref_rows:] += update.to(result.dtype)
+        return result
+
+    return forward
+
+
+def _install_split_forwards(model: torch.nn.Module) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and ALIGNED_ADAPTER in module.lora_A:
+            if module.lora_variant.get(ALIGNED_ADAPTER) is not None:
+                raise ValueError("shared_base supports plain LoRA adapters, not DoRA or variants")
+            module.forward = _split_lora_forward(module, module.forward)
+
+
 class SharedBaseRunner:
     """One base model carrying the aligned LoRA adapter: each forward batches the reference rows
     (adapter off) and the aligned rows (adapter on) together, [ref rows | aligned rows]."""
-
-    # NOTE: PEFT's mixed-adapter forward registers hooks and gathers rows in every LoRA layer on
-    # every call; on the CPU that made this path slower than two copies at three strengths and on
-    # tiny models (README, Performance), so it is opt-in. Its hooks also make it unsafe to run
-    # two generations on one model from two threads at once.
 
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model, self.vocab_size = model, vocab_size
@@ -82,9 +113,12 @@ class SharedBaseRunner:
         self.batch_size = 1
 
     def _both(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        names = [BASE_ADAPTER] * self.batch_size + [ALIGNED_ADAPTER] * self.batch_size
         ids = torch.cat([input_ids, input_ids]).to(_device(self.model))
-        logits = _last_logits(self.model, ids, self.cache, self.vocab_size, adapter_names=names)
+        token = _REF_ROWS.set(self.batch_size)
+        try:
+            logits = _last_logits(self.model, ids, self.cache, self.vocab_size)
+        finally:
+            _REF_ROWS.reset(token)
         return logits[: self.batch_size], logits[self.batch_size :]
 
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,9 +133,8 @@ class SharedBaseRunner:
         return self._both(token_ids[:, None])
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.cache.batch_select_indices(
-            torch.cat([rows, rows + self.batch_size]).to(_device(self.model))
-        )
+        both = torch.cat([rows, rows + self.batch_size]).to(_device(self.model))
+        self.cache.batch_select_indices(both)
         self.batch_size = len(rows)
 
 
@@ -113,4 +146,5 @@ def load_shared_base(
 
     base = AutoModelForCausalLM.from_pretrained(ref_source, trust_remote_code=False, **model_kwargs)
     model = PeftModel.from_pretrained(base, adapter_source, adapter_name=ALIGNED_ADAPTER)
+    _install_split_forwards(model)
     return model.eval()
