@@ -48,9 +48,9 @@ def _model_args(command: argparse.ArgumentParser) -> None:
     source.add_argument("--precision", choices=PRECISIONS, default="4bit")
     source.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     source.add_argument(
-        "--shared-base",
+        "--two-copies",
         action="store_true",
-        help="for a LoRA adapter: load the base once and batch both models in one forward",
+        help="for a LoRA adapter: keep two copies of the base instead of sharing one",
     )
 
 
@@ -113,7 +113,7 @@ def _pair_from_args(args: argparse.Namespace) -> ModelPair:
         ref, aligned = args.ref, args.aligned
     else:
         ref, aligned = resolve(args.pair or DEFAULT_PRESET)
-    shared = True if args.shared_base else None
+    shared = False if args.two_copies else None
     return load_pair(ref, aligned, precision=args.precision, device=args.device, shared_base=shared)
 
 

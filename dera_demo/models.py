@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 Precision = Literal["4bit", "8bit", "none"]
 PRECISIONS: tuple[Precision, ...] = ("4bit", "8bit", "none")
 THREADS_ENV = "DERA_NUM_THREADS"
-SHARED_BASE_BY_DEFAULT = False
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token")
 
@@ -248,8 +247,9 @@ def load_pair(
 ) -> ModelPair:
     """Load a reference and an aligned model, each a hub id or a local folder.
 
-    `aligned` may be a PEFT LoRA adapter folder whose base is `ref`. Then `shared_base` loads the
-    weights once and runs both models in one batched forward.
+    `aligned` may be a PEFT LoRA adapter folder whose base is `ref`. Then `shared_base` (the
+    default for adapters; False keeps two copies) loads the weights once and runs both models in
+    one batched forward.
     Precision "4bit" is NF4 through bitsandbytes; the device defaults to CUDA when present.
     """
     if precision not in PRECISIONS:
@@ -259,7 +259,7 @@ def load_pair(
     adapter = is_adapter(aligned_source)
     if shared_base and not adapter:
         raise ValueError(f"shared_base needs a LoRA adapter as the aligned model, got {aligned!r}")
-    shared_base = adapter and SHARED_BASE_BY_DEFAULT if shared_base is None else shared_base
+    shared_base = adapter if shared_base is None else shared_base
 
     start = time.perf_counter()
     tokenizer = load_tokenizer(ref_source)

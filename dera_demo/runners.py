@@ -98,6 +98,8 @@ def _install_split_forwards(model: torch.nn.Module) -> None:
 
     for module in model.modules():
         if isinstance(module, LoraLayer) and ALIGNED_ADAPTER in module.lora_A:
+            # NOTE: the split forward reproduces plain LoRA only; DoRA and other variants change
+            # the update's form, so such adapters must use two copies (README, Limitations).
             if module.lora_variant.get(ALIGNED_ADAPTER) is not None:
                 raise ValueError("shared_base supports plain LoRA adapters, not DoRA or variants")
             module.forward = _split_lora_forward(module, module.forward)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import cast
 
 from dera_demo.engine import LiveStrengths, SamplingConfig, StopReason, stream
-from dera_demo.models import PRECISIONS, ModelPair, Precision, is_adapter, load_pair
+from dera_demo.models import PRECISIONS, ModelPair, Precision, load_pair
 from dera_demo.presets import DEFAULT_PRESET, PRESETS, resolve
 from dera_demo.prompts import encode_prompt
 
@@ -78,18 +78,18 @@ class Backend:
     def from_env(cls) -> Backend:
         """Settings for hosting: `DERA_PAIR` (a preset, or "custom" with `DERA_REF` and
         `DERA_ALIGNED`) locks the app to one pair; `DERA_PRECISION` is 4bit, 8bit or none;
-        `DERA_SHARED_BASE=1` runs an adapter pair on one copy of the base weights."""
+        `DERA_SHARED_BASE=0` keeps two copies of the base for an adapter pair."""
         precision = os.environ.get("DERA_PRECISION", "4bit")
         if precision not in PRECISIONS:
             raise ValueError(f"DERA_PRECISION must be one of {PRECISIONS}, got {precision!r}")
         name = os.environ.get("DERA_PAIR", "").strip()
         custom = (os.environ.get("DERA_REF", ""), os.environ.get("DERA_ALIGNED", ""))
-        shared = os.environ.get("DERA_SHARED_BASE", "").strip() in ("1", "true", "yes")
+        two_copies = os.environ.get("DERA_SHARED_BASE", "").strip() in ("0", "false", "no")
         backend = cls(
             DEFAULT_PRESET,
             precision=cast(Precision, precision),
             locked=bool(name),
-            shared_base=True if shared else None,
+            shared_base=False if two_copies else None,
         )
         if name:
             backend._name = ""  # let select() accept the locked pair
@@ -136,10 +136,8 @@ class Backend:
                     ref, aligned = self._custom
                 else:
                     ref, aligned = resolve(self._name)
-                shared = bool(self.shared_base) and is_adapter(str(aligned))
-                self._pair = load_pair(
-                    ref, aligned, precision=self.precision, shared_base=shared or None
-                )
+                shared = None if self.shared_base is not False else False
+                self._pair = load_pair(ref, aligned, precision=self.precision, shared_base=shared)
             return self._pair
 
     # Runs -----------------------------------------------------------------------------------

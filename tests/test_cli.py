@@ -90,22 +90,34 @@ def test_strengths_accept_fractions():
         strength_arg("half")
 
 
-def test_the_shared_base_flag_needs_an_adapter(capsys, tiny_pair):
+def test_two_copies_of_an_adapter_pair_give_the_same_output(capsys, tiny_pair):
     args = [
         "generate",
         "--ref",
         str(tiny_pair.ref_dir),
+        "--aligned",
+        str(tiny_pair.adapter_dir),
         "--precision",
         "none",
         "--prompt",
         "Hi",
         "--max-new-tokens",
-        "3",
-        "--shared-base",
+        "5",
+        "--temperature",
+        "0",
+        "--strength",
+        "0",
+        "1",
         "--json",
     ]
-    assert main([*args, "--aligned", str(tiny_pair.adapter_dir)]) == 0
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        main([*args, "--aligned", str(tiny_pair.aligned_dir)])
-    assert "shared_base needs a LoRA adapter" in capsys.readouterr().err
+
+    def tokens_and_texts():
+        return [
+            (r["token_ids"], r["text"])
+            for r in map(json.loads, capsys.readouterr().out.split("\n")[:-1])
+        ]
+
+    assert main(args) == 0
+    shared = tokens_and_texts()
+    assert main([*args, "--two-copies"]) == 0
+    assert tokens_and_texts() == shared

@@ -93,6 +93,11 @@ def test_an_unknown_precision_is_refused(tiny_pair):
         load_pair(tiny_pair.ref_dir, tiny_pair.aligned_dir, precision="2bit")
 
 
+def test_adapter_pairs_share_one_base_by_default(tiny_pair):
+    assert load_pair(tiny_pair.ref_dir, tiny_pair.adapter_dir, precision="none").shared_base
+    assert not load_pair(tiny_pair.ref_dir, tiny_pair.aligned_dir, precision="none").shared_base
+
+
 def test_shared_base_needs_an_adapter(tiny_pair):
     with pytest.raises(ValueError, match="shared_base needs a LoRA adapter"):
         load_pair(tiny_pair.ref_dir, tiny_pair.aligned_dir, precision="none", shared_base=True)

@@ -110,11 +110,13 @@ def test_an_offline_hub_pair_fails_with_a_clear_message():
         next(backend.run("s", "hi", [1.0], GREEDY))
 
 
-def test_the_shared_base_setting_applies_to_adapter_pairs_only(monkeypatch, tiny_pair):
-    for aligned, expected in ((tiny_pair.adapter_dir, True), (tiny_pair.aligned_dir, False)):
-        monkeypatch.setenv("DERA_PAIR", CUSTOM_PAIR)
-        monkeypatch.setenv("DERA_REF", str(tiny_pair.ref_dir))
-        monkeypatch.setenv("DERA_ALIGNED", str(aligned))
-        monkeypatch.setenv("DERA_PRECISION", "none")
-        monkeypatch.setenv("DERA_SHARED_BASE", "1")
-        assert Backend.from_env().pair().shared_base is expected
+@pytest.mark.parametrize(("setting", "expected"), [("", True), ("0", False)])
+def test_adapter_pairs_share_the_base_unless_told_not_to(monkeypatch, tiny_pair, setting, expected):
+    monkeypatch.setenv("DERA_PAIR", CUSTOM_PAIR)
+    monkeypatch.setenv("DERA_REF", str(tiny_pair.ref_dir))
+    monkeypatch.setenv("DERA_PRECISION", "none")
+    monkeypatch.setenv("DERA_SHARED_BASE", setting)
+    monkeypatch.setenv("DERA_ALIGNED", str(tiny_pair.adapter_dir))
+    assert Backend.from_env().pair().shared_base is expected
+    monkeypatch.setenv("DERA_ALIGNED", str(tiny_pair.aligned_dir))
+    assert Backend.from_env().pair().shared_base is False
