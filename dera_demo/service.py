@@ -5,12 +5,11 @@ The UI talks only to `Backend`, so it can be built and tested with a fake one an
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -19,7 +18,6 @@ from dera_demo.models import PRECISIONS, ModelPair, Precision, load_pair
 from dera_demo.presets import DEFAULT_PRESET, PRESETS, resolve
 from dera_demo.prompts import encode_prompt
 
-logger = logging.getLogger(__name__)
 
 CUSTOM_PAIR = "custom"
 MAX_PROMPT_CHARS = 8000
@@ -194,7 +192,7 @@ def _fit_context(
         )
     if config.max_new_tokens <= room:
         return config, None
-    fitted = SamplingConfig(**{**config.__dict__, "max_new_tokens": room})
+    fitted = replace(config, max_new_tokens=room)
     return (
         fitted,
         f"max new tokens lowered from {config.max_new_tokens} to {room} to fit the context",
