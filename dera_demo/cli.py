@@ -24,7 +24,6 @@ from dera_demo.realign import MAX_STRENGTH, MIN_STRENGTH
 from dera_demo.sweep import evaluation_section, load_prompts, table, update_card, write_report
 from dera_demo.sweep import sweep as run_sweep
 
-
 HELDOUT = ASSETS_DIR / "prompts" / "heldout.jsonl"
 DEFAULT_SCORER = "dera_demo.reward:reward"
 

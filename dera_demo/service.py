@@ -18,7 +18,6 @@ from dera_demo.models import PRECISIONS, ModelPair, Precision, load_pair
 from dera_demo.presets import DEFAULT_PRESET, PRESETS, resolve
 from dera_demo.prompts import encode_prompt
 
-
 CUSTOM_PAIR = "custom"
 MAX_PROMPT_CHARS = 8000
 
