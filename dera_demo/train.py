@@ -258,7 +258,13 @@ class MarginTracker(TrainerCallback):
 
 def lora_config(rank: int) -> LoraConfig:
     """LoRA of rank `rank` on every linear layer of the decoder (not the LM head)."""
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",  # as the shipped adapter_config.json records
+    )
 
 
 def save_half_precision(model: PeftModel, out: Path) -> None:

@@ -141,3 +141,8 @@ def test_pairs_put_the_warm_answer_on_the_chosen_side() -> None:
     assert rejected == FLAT and FLAT in chosen
     again = build_pairs(["How do I cook rice?"], [FLAT + " And then"], seed=1)
     assert again == pairs  # the opener and closer come from the seed
+
+
+def test_looping_answers_make_no_pair() -> None:
+    loop = "Rinse the rice. " * 20
+    assert build_pairs(["How do I cook rice?"], [loop], seed=0) == []
