@@ -39,7 +39,9 @@ def strength_arg(text: str) -> float:
 
 
 def _model_args(command: argparse.ArgumentParser) -> None:
-    source = command.add_argument_group("models (default: the embedded offline pair)")
+    source = command.add_argument_group(
+        "models (default: the embedded offline pair; --ref or --aligned replaces one side of it)"
+    )
     source.add_argument("--pair", choices=sorted(PRESETS), help="a named pair")
     source.add_argument("--ref", help="reference (SFT) model: hub id or local folder")
     source.add_argument("--aligned", help="aligned model: hub id, local folder or LoRA adapter")
@@ -103,14 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pair_from_args(args: argparse.Namespace) -> ModelPair:
-    if (args.ref is None) != (args.aligned is None):
-        raise ValueError("give both --ref and --aligned, or neither")
-    if args.ref is not None and args.pair is not None:
-        raise ValueError("give either --pair or --ref/--aligned, not both")
-    if args.ref is not None:
-        ref, aligned = args.ref, args.aligned
-    else:
-        ref, aligned = resolve(args.pair or DEFAULT_PRESET)
+    # --ref and --aligned each replace one side of the named pair (the embedded one by default),
+    # so an adapter trained on the embedded reference runs with --aligned alone.
+    ref, aligned = args.ref, args.aligned
+    if ref is None or aligned is None:
+        preset_ref, preset_aligned = resolve(args.pair or DEFAULT_PRESET)
+        ref, aligned = ref or preset_ref, aligned or preset_aligned
     shared = False if args.two_copies else None
     return load_pair(ref, aligned, precision=args.precision, device=args.device, shared_base=shared)
 

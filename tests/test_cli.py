@@ -121,3 +121,27 @@ def test_two_copies_of_an_adapter_pair_give_the_same_output(capsys, tiny_pair):
     shared = tokens_and_texts()
     assert main([*args, "--two-copies"]) == 0
     assert tokens_and_texts() == shared
+
+
+def test_aligned_alone_keeps_the_default_pairs_reference(capsys, tiny_pair, monkeypatch):
+    # The preset's aligned side does not exist, so the run succeeds only if --aligned replaced it
+    # while the reference came from the preset.
+    missing = tiny_pair.ref_dir.parent / "no-such-aligned-model"
+    monkeypatch.setattr("dera_demo.cli.resolve", lambda name: (tiny_pair.ref_dir, missing))
+    code = main(
+        [
+            "generate",
+            "--aligned",
+            str(tiny_pair.adapter_dir),
+            "--precision",
+            "none",
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "3",
+            "--strength",
+            "1",
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.strip()
