@@ -108,6 +108,10 @@ def _pair_from_args(args: argparse.Namespace) -> ModelPair:
     # --ref and --aligned each replace one side of the named pair (the embedded one by default),
     # so an adapter trained on the embedded reference runs with --aligned alone.
     ref, aligned = args.ref, args.aligned
+    if ref is not None and aligned is not None and args.pair is not None:
+        raise ValueError(
+            f"--pair {args.pair} is unused when both --ref and --aligned are given; drop one"
+        )
     if ref is None or aligned is None:
         preset_ref, preset_aligned = resolve(args.pair or DEFAULT_PRESET)
         ref, aligned = ref or preset_ref, aligned or preset_aligned

@@ -58,6 +58,7 @@ def test_one_strength_streams_plain_text(capsys, tiny_pair):
         (["--prompt", "hi", "--temperature", "-1"], "temperature must be from 0"),
         (["--prompt", "hi", "--top-p", "0"], "top_p must be in (0, 1]"),
         (["--prompt", "hi", "--top-k", "-3"], "top_k must be at least 0"),
+        (["--prompt", "hi", "--pair", "olmo2-1b"], "--pair olmo2-1b is unused"),
     ],
 )
 def test_bad_input_exits_cleanly_with_a_message(capsys, tiny_pair, args, message):
