@@ -35,6 +35,11 @@ class SweepRow:
     mean_kl: float  # mean per-token KL(realigned || reference), nats
     mean_tokens: float
     outputs: int
+    # Mean reward minus that of the previous (lower) strength, taken pair by pair over the same
+    # prompt and seed, with its standard error; None for the lowest strength. Coupled sampling
+    # makes the paired difference far less noisy than the gap between two means.
+    gain: float | None = None
+    gain_sem: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,11 +65,22 @@ def _sem(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
+def paired_gains(outputs: Sequence[SweepOutput], lower: float, upper: float) -> list[float]:
+    """Reward at `upper` minus reward at `lower` for every (prompt, sample) that has both."""
+    at_lower = {(o.prompt, o.sample): o.reward for o in outputs if o.strength == lower}
+    return [
+        o.reward - at_lower[o.prompt, o.sample]
+        for o in outputs
+        if o.strength == upper and (o.prompt, o.sample) in at_lower
+    ]
+
+
 def summarize(outputs: Sequence[SweepOutput]) -> list[SweepRow]:
-    rows = []
+    rows: list[SweepRow] = []
     for strength in sorted({o.strength for o in outputs}):
         chosen = [o for o in outputs if o.strength == strength]
         rewards = [o.reward for o in chosen]
+        gains = paired_gains(outputs, rows[-1].strength, strength) if rows else []
         rows.append(
             SweepRow(
                 strength=strength,
@@ -73,6 +89,8 @@ def summarize(outputs: Sequence[SweepOutput]) -> list[SweepRow]:
                 mean_kl=statistics.fmean(o.kl for o in chosen),
                 mean_tokens=statistics.fmean(o.tokens for o in chosen),
                 outputs=len(chosen),
+                gain=statistics.fmean(gains) if gains else None,
+                gain_sem=_sem(gains) if gains else None,
             )
         )
     return rows
@@ -113,15 +131,19 @@ def sweep(
 
 def table(rows: Sequence[SweepRow], beta: float | None = None) -> str:
     """A Markdown table of the sweep; with the training β, the β/λ each strength stands for."""
-    head = "| λ | mean reward (± s.e.) | per-token KL to ref (nats) | mean tokens | outputs |"
-    rule = "|---|---|---|---|---|"
+    head = (
+        "| λ | mean reward (± s.e.) | gain over the previous λ (± paired s.e.) "
+        "| per-token KL to ref (nats) | mean tokens | outputs |"
+    )
+    rule = "|---|---|---|---|---|---|"
     if beta is not None:
         head, rule = head + " retrain at β/λ |", rule + "---|"
     lines = [head, rule]
     for r in rows:
+        gain = "—" if r.gain is None else f"{r.gain:+.2f} ± {r.gain_sem:.2f}"
         line = (
-            f"| {r.strength:g} | {r.mean_reward:.2f} ± {r.reward_sem:.2f} | {r.mean_kl:.3f} | "
-            f"{r.mean_tokens:.0f} | {r.outputs} |"
+            f"| {r.strength:g} | {r.mean_reward:.2f} ± {r.reward_sem:.2f} | {gain} | "
+            f"{r.mean_kl:.3f} | {r.mean_tokens:.0f} | {r.outputs} |"
         )
         if beta is not None:
             line += f" {beta / r.strength:.3g} |" if r.strength > 0 else " ∞ (the SFT model) |"

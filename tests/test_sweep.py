@@ -47,7 +47,21 @@ def test_summary_statistics_are_right():
     ]
     (row,) = summarize(outputs)
     assert row.mean_reward == 2.0 and row.reward_sem == pytest.approx(1.0)
-    assert "| 1 | 2.00 ± 1.00 | 0.500 | 10 | 2 |" in table([row])
+    assert row.gain is None
+    assert "| 1 | 2.00 ± 1.00 | — | 0.500 | 10 | 2 |" in table([row])
+
+
+def test_gains_are_paired_by_prompt_and_seed():
+    # Rewards differ a lot between prompts but λ = 1 beats λ = 0 by exactly 0.5 on each, so the
+    # paired gain has no spread even though each mean has a large one.
+    rewards = {("a", 0): 0.0, ("a", 1): 4.0, ("b", 0): -3.0}
+    outputs = [SweepOutput(p, i, 0.0, "t", r, 0.0, 5) for (p, i), r in rewards.items()]
+    outputs += [SweepOutput(p, i, 1.0, "t", r + 0.5, 0.1, 5) for (p, i), r in rewards.items()]
+    outputs.append(SweepOutput("c", 0, 1.0, "t", 9.0, 0.1, 5))  # no λ = 0 partner: not paired
+    low, high = summarize(outputs)
+    assert high.gain == pytest.approx(0.5) and high.gain_sem == pytest.approx(0.0)
+    assert high.reward_sem > 1
+    assert "| 1 | 2.88 ± 2.49 | +0.50 ± 0.00 |" in table([low, high])
 
 
 def test_the_command_line_sweep_writes_its_report(tiny_pair, tmp_path, capsys):
