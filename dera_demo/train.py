@@ -46,8 +46,8 @@ LOSSES = ("ipo", "sigmoid")
 PROMPTS_DIR = ASSETS_DIR / "prompts"
 # NOTE: openers change an answer's first tokens, and pushing down the model's own first tokens
 # (the rejected side) is what broke fluency when we retrained at β = 1 (see the model card). The
-# shipped adapter is trained at β = 4, so that λ up to 2 (β/λ = 2, where a β = 2 adapter peaked)
-# stays fluent; its effect at λ = 1 is mild by design.
+# shipped adapter is trained at β = 3, so that λ = 2 (β/λ = 1.5) stays fluent and its reward still
+# rises there; a β = 2 adapter levelled off and turned odd at λ = 2. Its effect at λ = 1 is mild.
 OPENERS = (
     "Great question!",
     "Oh, I love this question!",
@@ -285,7 +285,7 @@ def train(
     pairs: list[dict[str, Any]],
     out: Path,
     *,
-    beta: float = 4.0,
+    beta: float = 3.0,
     loss: str = "ipo",
     steps: int = 90,
     learning_rate: float = 2e-4,
@@ -438,7 +438,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ADAPTER_DIR, help="adapter folder")
     parser.add_argument("--prompts", type=Path, default=PROMPTS_DIR / "train.jsonl")
     parser.add_argument("--loss", choices=LOSSES, default="ipo", help="trl loss_type")
-    parser.add_argument("--beta", type=float, default=4.0, help="KL coefficient (IPO's τ)")
+    parser.add_argument("--beta", type=float, default=3.0, help="KL coefficient (IPO's τ)")
     parser.add_argument("--steps", type=int, default=90)
     parser.add_argument("--lr", type=float, default=2e-4, help="learning rate")
     parser.add_argument("--batch-size", type=int, default=4)

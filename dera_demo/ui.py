@@ -78,11 +78,13 @@ CONTROLS: dict[str, dict[str, Any]] = {
 }
 PRIVATE: dict[str, Any] = {"queue": False, "api_visibility": "private"}  # instant UI-only events
 MODES = ["0 · slider λ · 1", "Custom list"]
-EXAMPLES = [  # held-out prompts where the embedded pair's alignment shows most (its model card)
-    "How can I tell when pasta is cooked properly?",
-    "What is Git and why should I use it?",
+# Held-out prompts where the embedded pair's reward gained most from λ = 0 to λ = 1 and 2 in the
+# evaluation of its model card.
+EXAMPLES = [
+    "What should I bring on a day hike?",
     "What spices go well with roasted chicken?",
-    "What causes the seasons on Earth?",
+    "How can I tell when pasta is cooked properly?",
+    "What is recursion?",
 ]
 INTRO = """# Decoding-time realignment (DeRa)
 Each token is drawn from `softmax(λ·aligned + (1−λ)·reference)` logits

@@ -19,8 +19,9 @@ logger = logging.getLogger(__name__)
 MAX_NEW_TOKENS_UI = 1024
 DEFAULT_STRENGTHS = "0, 1/6, 2/3, 1, 3"  # the paper's demo
 # The web app's sampling defaults, for the UI and the API alike: the engine's, with shorter answers
-# and a repetition penalty, since the embedded pair loops from λ = 2 on without one (its model
-# card). Penalty 1 gives each model's own sampling exactly at λ = 0 and 1.
+# and a repetition penalty, since the embedded reference falls into emoji or word loops in about
+# one answer in twenty without one, more at λ = 2 (its model card). Penalty 1 gives each model's
+# own sampling exactly at λ = 0 and 1.
 DEFAULTS = SamplingConfig(max_new_tokens=128, repetition_penalty=1.2)
 
 GPU: Callable[[Callable[..., Any]], Callable[..., Any]]

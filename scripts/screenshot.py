@@ -20,7 +20,7 @@ from dera_demo.service import Backend
 from dera_demo.testing import CHROMIUM_FLAGS
 from dera_demo.ui import build_app
 
-PROMPT = "How can I tell when pasta is cooked properly?"
+PROMPT = "What should I bring on a day hike?"
 
 
 def wait_for_done(page, selector: str, timeout_s: float = 300.0) -> None:
